@@ -48,10 +48,9 @@ def rows(quick: bool) -> list[tuple[str, str, float, float, str]]:
 
     for n in (512, 2048):
         q, k, v = qkv(n)
-        alpha = torch.rand(B, H, n, generator=g) * 0.5 + 0.5
-        loop = median_ms(lambda: at.gated_linear_attention_recurrent(q, k, v, alpha), 3 if quick else 5,
-                         warmup=1)
-        chunked = median_ms(lambda: at.gated_linear_attention(q, k, v, alpha), rep)
+        args = (q, k, v, torch.rand(B, H, n, generator=g) * 0.5 + 0.5)
+        loop = median_ms(lambda a=args: at.gated_linear_attention_recurrent(*a), 3 if quick else 5, warmup=1)
+        chunked = median_ms(lambda a=args: at.gated_linear_attention(*a), rep)
         out.append((f"gated linear chunked N={n}", "token loop", chunked, loop,
                     "<= 0.10" if n == 2048 else "-"))
 
