@@ -1,4 +1,4 @@
-"""Recipes: local energy x global energy x optimizer -> attention, with the tying maps.
+r"""Recipes: local energy x global energy x optimizer -> attention, with the tying maps.
 
 Each recipe builds the energy ``F`` of the queries ``z`` given a frozen context ``h`` (the
 Jacobi-style view of self-attention: pass ``h = x.detach()`` and ``z = x``), takes one gradient
@@ -8,12 +8,12 @@ tied weights. The identities the book proves say the two agree (or differ by a k
 Shapes: queries ``z (..., N, d)``, context ``h (..., M, d_in)``, anchor map ``W (d, d_in)``
 (anchors ``a_i = W h_i``). Matrices act on column vectors (``q = W_Q z``).
 
-| recipe | local energy | global energy | tying |
-|---|---|---|---|
-| :func:`softmax_recipe` | elastic under the norm condition | Helmholtz | W_Q^T W_K = beta W, W_V = eta W |
-| :func:`linear_recipe` | squared bilinear | sum | W_Q^T W_K = W, W_V = eta W |
-| :func:`gated_linear_recipe` | squared bilinear | gated sum | as linear |
-| :func:`multi_head_recipe` | elastic per head subspace | sum of Helmholtz | per head |
+- :func:`softmax_recipe`: elastic energy under the norm condition, Helmholtz global energy,
+  tying :math:`W_Q^\top W_K = \beta W`, :math:`W_V = \eta W`;
+- :func:`linear_recipe`: squared bilinear energy, plain sum, :math:`W_Q^\top W_K = W`, :math:`W_V = \eta W`;
+- :func:`gated_linear_recipe`: squared bilinear energy, gated sum, tied as the linear recipe;
+- :func:`multi_head_recipe`: elastic energy in each head's subspace, sum of Helmholtz energies,
+  tied per head.
 
 The softmax recipe is the paper's; the linear recipes are our reconstruction (chapter notes say so).
 """
