@@ -18,13 +18,15 @@ ASSETS_STAMP := _offline/.installed
 MATHJAX_DIR  := node_modules/mathjax/es5
 WIDGETS_DIR  := node_modules/@jupyter-widgets/html-manager/dist
 
-.PHONY: help venv assets book serve lab lint test clean distclean
+.PHONY: help venv assets book serve lab lint test browser-test bench clean distclean
 
 help:
 	@echo "make book       build the book (_build/html/index.html)"
 	@echo "make test       pytest (library + notebooks via nbval), then the clean -W book build"
 	@echo "make serve      serve _build/html on http://127.0.0.1:$(PORT)"
 	@echo "make lab        JupyterLab on the book's notebooks"
+	@echo "make browser-test  headless-Chromium checks of the built site (_build/html)"
+	@echo "make bench      benchmarks: ratios against reference implementations"
 	@echo "make lint       ruff on energylib, tests, benchmarks and the notebooks"
 	@echo "make clean      remove _build, _offline, node_modules (keeps .venv); distclean also .venv"
 
@@ -72,6 +74,19 @@ lint: $(VENV_STAMP)
 test: $(VENV_STAMP) $(ASSETS_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory book
+	$(MAKE) --no-print-directory browser-test
+
+# Every page of the built site in headless Chromium (Debian's package, installed when missing;
+# never a browser downloaded by a test tool), with every non-local request aborted.
+browser-test: $(VENV_STAMP)
+	@test -f _build/html/index.html || { echo "no _build/html: run 'make book' first" >&2; exit 1; }
+	command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+	$(BIN)/python -m pytest tests/browser --site _build/html
+
+bench: $(VENV_STAMP)
+	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/explorers.py
 
 clean:
 	rm -rf _build _offline node_modules

@@ -211,3 +211,17 @@ def helmholtz_elastic_hessian(z: Tensor, anchors: Tensor, beta: float) -> Tensor
     p = boltzmann(elastic(z, anchors), beta)
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
     return eye - float(beta) * weighted_covariance(p, anchors)
+
+
+def project_to_sphere(u: Tensor, radius: float) -> Tensor:
+    r"""Radial projection :math:`N_r(u) = r\, u / \lVert u \rVert` onto the sphere of radius ``r``.
+
+    What a LayerNorm without its affine part does to a centred token (``r = sqrt(d)``).
+    u: (..., d) -> (..., d). See chapter *Softmax attention*.
+    """
+    _checks.tensor("u", u, 1)
+    r = _checks.positive("radius", radius)
+    norm = u.norm(dim=-1, keepdim=True)
+    if bool((norm == 0).any()):
+        raise ValueError("u has a zero row: it cannot be projected onto a sphere")
+    return r * u / norm

@@ -147,3 +147,12 @@ def test_entropy_and_zero_log_zero(seed, n, d):
     p = simplex(seed, n)
     expect = -sum(p[i] * math.log(p[i]) for i in range(n) if p[i] > 0)
     torch.testing.assert_close(en.entropy(p), torch.tensor(float(expect)), **TOL)
+
+
+@given(seeds, batches, dims, st.floats(0.1, 10.0))
+def test_project_to_sphere(seed, batch, d, r):
+    u = randn(seed, *batch, d) + 0.1
+    x = en.project_to_sphere(u, r)
+    torch.testing.assert_close(x.norm(dim=-1), torch.full(batch, r), **TOL)
+    torch.testing.assert_close(en.project_to_sphere(x, r), x, **TOL)  # a projection
+    torch.testing.assert_close(x * u.norm(dim=-1, keepdim=True), r * u, **TOL)  # radial

@@ -56,6 +56,8 @@ CASES = [
     (lambda: en.helmholtz_elastic(z, a, 0), ValueError, "beta"),
     (lambda: en.helmholtz_elastic_grad(z, a2, 1.0), ValueError, "d=2"),
     (lambda: en.helmholtz_elastic_hessian(nan3, a, 1.0), ValueError, "non-finite"),
+    (lambda: en.project_to_sphere(torch.zeros(2, 3), 1.0), ValueError, "zero row"),
+    (lambda: en.project_to_sphere(z, 0.0), ValueError, "radius"),
     (lambda: at.softmax_attention(q, torch.randn(5, 2), v), ValueError, "q has d=3 but k has d=2"),
     (lambda: at.softmax_attention(q, k, torch.randn(4, 3)), ValueError, "k has N=5 tokens but v has N=4"),
     (lambda: at.softmax_attention(torch.randn(3), k, v), ValueError, "q must have shape"),
