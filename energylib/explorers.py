@@ -5,14 +5,12 @@ last expression of a cell it is a frame-stack widget that works live, under nbva
 static site with no kernel (see :mod:`energylib.frames`). ``explorer.live()`` gives continuous
 sliders with a kernel; ``explorer.data(**values)`` returns the computed quantities.
 
-| explorer | compute (returns) | sliders |
-|---|---|---|
-| :func:`landscape_explorer` | :func:`landscape_data` (:class:`LandscapeData`) | β, global energy |
-| :func:`race_explorer` | :func:`race_data` (:class:`RaceData`) | η, μ, β |
-| :func:`temperature_explorer` | :func:`temperature_data` (:class:`TemperatureData`) | β |
-| :func:`gate_explorer` | :func:`gate_data` (:class:`GateData`) | α |
-| :func:`layers_explorer` | :func:`layers_data` (:class:`LayersData`) | layers, μ |
-| :func:`validity_explorer` | :func:`validity_data` (:class:`ValidityData`) | β |
+- :func:`landscape_explorer`: :func:`landscape_data` (:class:`LandscapeData`); sliders β, global energy
+- :func:`race_explorer`: :func:`race_data` (:class:`RaceData`); sliders η, μ, β
+- :func:`temperature_explorer`: :func:`temperature_data` (:class:`TemperatureData`); slider β
+- :func:`gate_explorer`: :func:`gate_data` (:class:`GateData`); slider α
+- :func:`layers_explorer`: :func:`layers_data` (:class:`LayersData`); sliders layers, μ
+- :func:`validity_explorer`: :func:`validity_data` (:class:`ValidityData`); slider β
 
 See the page *How to use the explorers* and the chapters each explorer belongs to.
 """

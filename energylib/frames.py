@@ -323,8 +323,8 @@ def embedded_bytes(widget: Any) -> int:
 class Explorer:
     """A figure function on a parameter grid, shown as a frame stack (default) or live.
 
-    compute(**values) -> data is the pure maths (energylib calls); draw(data) -> Figure is the
-    drawing. ``figure(**values)`` is ``draw(compute(**values))``. Display an ``Explorer`` (last
+    ``compute(**values) -> data`` is the pure maths (energylib calls); ``draw(data) -> Figure`` is
+    the drawing. ``figure(**values)`` is ``draw(compute(**values))``. Display an ``Explorer`` (last
     expression of a cell) to get the frame-stack widget; :meth:`live` gives continuous sliders
     with a kernel. ``key`` dedupes frames (see :func:`render_frames`).
     """
