@@ -51,7 +51,7 @@ def softmax_attention(
 
     ``scale=None`` means :math:`1/\sqrt d`, as in ``scaled_dot_product_attention``, which computes
     it (the fast path). In the energy view :math:`s` is the inverse temperature :math:`\beta`.
-    See chapter *Softmax attention*.
+    See chapter :doc:`Softmax attention </book/softmax>`.
     """
     _qkv(q, k, v, causal)
     s = _scale(scale, q.shape[-1])
@@ -65,7 +65,7 @@ def softmax_attention_weights(
     r"""The explicit (naive) path: returns the output and the weights :math:`P (..., N, M)`.
 
     :math:`P = \mathrm{softmax}(s\, Q K^\top)` with future keys masked when ``causal``.
-    See chapter *Softmax attention*.
+    See chapter :doc:`Softmax attention </book/softmax>`.
     """
     _qkv(q, k, v, causal)
     scores = _scale(scale, q.shape[-1]) * (q @ k.transpose(-1, -2))
@@ -115,7 +115,7 @@ def gated_linear_attention_recurrent(
     :math:`o_t = S_t q_t` (:math:`S_0 = 0`).
 
     q, k: (..., N, d), v: (..., N, d_v), alpha: (..., N) in (0, 1]. The reference the chunked
-    form is tested against. See chapter *Gated linear attention*.
+    form is tested against. See chapter :doc:`Gated linear attention </book/gated>`.
     """
     _gated_inputs(q, k, v, alpha)
     S = q.new_zeros(*q.shape[:-2], v.shape[-1], q.shape[-1])
@@ -137,7 +137,7 @@ def gated_linear_attention(
     matrix :math:`\gamma_{t,i} = \prod_{j=i+1}^t \alpha_j` (:func:`energylib.energies.gate_matrix`);
     across chunks the state :math:`S` carries the past, decayed by the chunk's cumulative gate.
     All decays are exponentials of non-positive log-sums, so long sequences stay finite.
-    ``chunk_size=None`` uses 64 (or N if shorter). See chapter *Gated linear attention*.
+    ``chunk_size=None`` uses 64 (or N if shorter). See chapter :doc:`Gated linear attention </book/gated>`.
     """
     _gated_inputs(q, k, v, alpha)
     out, S = _chunked_linear(q, k, v, torch.log(alpha), chunk_size)
@@ -195,7 +195,7 @@ def multi_head_attention(
     x: (..., N, d) queries' tokens, context: (..., M, d) (defaults to x).
     W_q, W_k: (H, d_h, d); W_v: (H, d_v, d); W_o: (H, d_out, d_v) acting on column vectors
     (:math:`q^h = W_Q^h x`). ``scale=None`` means :math:`1/\sqrt{d_h}`.
-    See chapter *Multi-head attention*.
+    See chapter :doc:`Multi-head attention </book/multihead>`.
     """
     ctx = x if context is None else context
     _checks.tensor("x", x, 2)
@@ -229,7 +229,7 @@ def second_order_attention(
 
     with :math:`p_t` the softmax weights and :math:`o_t = \sum_i p_{ti} v_i`. Tied,
     :math:`\gamma = \beta/\eta^2`. Cost O(N^2 d): one extra score-like matrix and one extra value
-    mix, never a d x d inverse. See chapter *Newton attention*.
+    mix, never a d x d inverse. See chapter :doc:`Newton attention </book/newton>`.
     """
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
         raise ValueError(f"gamma must be a finite real number, got {gamma!r}")

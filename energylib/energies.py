@@ -1,7 +1,7 @@
 """Local energies, global energies and the Helmholtz free energy.
 
 A *local energy* ``E_i(z)`` says how context token ``i`` pulls on the token ``z`` being updated; a
-*global energy* combines ``E_1..E_N`` into one scalar. See the chapter *Energies*.
+*global energy* combines ``E_1..E_N`` into one scalar. See the chapter :doc:`Energies </book/energies>`.
 
 Shapes: ``z (..., d)``, anchors ``a (..., N, d)`` (usually ``a_i = W h_i``), energies ``E (..., N)``,
 Boltzmann weights ``p (..., N)``. Leading dimensions broadcast.
@@ -24,7 +24,7 @@ def _pair(z: Tensor, anchors: Tensor) -> None:
 def elastic(z: Tensor, anchors: Tensor) -> Tensor:
     r"""Elastic (spring) energy :math:`E_i(z) = \tfrac12 \lVert z - a_i \rVert^2`.
 
-    z: (..., d), anchors: (..., N, d) -> (..., N). See chapter *Energies*.
+    z: (..., d), anchors: (..., N, d) -> (..., N). See chapter :doc:`Energies </book/energies>`.
     """
     _pair(z, anchors)
     return 0.5 * (z.unsqueeze(-2) - anchors).pow(2).sum(-1)
@@ -33,7 +33,7 @@ def elastic(z: Tensor, anchors: Tensor) -> Tensor:
 def bilinear(z: Tensor, anchors: Tensor) -> Tensor:
     r"""Bilinear (modern-Hopfield) energy :math:`E_i(z) = -z^\top a_i`.
 
-    z: (..., d), anchors: (..., N, d) -> (..., N). See chapter *Softmax attention*.
+    z: (..., d), anchors: (..., N, d) -> (..., N). See chapter :doc:`Softmax attention </book/softmax>`.
     """
     _pair(z, anchors)
     return -(anchors @ z.unsqueeze(-1)).squeeze(-1)
@@ -42,7 +42,8 @@ def bilinear(z: Tensor, anchors: Tensor) -> Tensor:
 def squared_bilinear(z: Tensor, anchors: Tensor) -> Tensor:
     r"""Squared bilinear energy :math:`E_i(z) = -\tfrac12 (z^\top a_i)^2`.
 
-    z: (..., d), anchors: (..., N, d) -> (..., N). See chapter *Unnormalized linear attention*.
+    z: (..., d), anchors: (..., N, d) -> (..., N).
+    See chapter :doc:`Unnormalized linear attention </book/linear>`.
     """
     return -0.5 * bilinear(z, anchors).pow(2)
 
@@ -53,7 +54,7 @@ def norm_conditioned_elastic(z: Tensor, anchors: Tensor) -> Tensor:
 
     Its value equals :func:`elastic` whenever the norm condition holds; its gradient is
     :math:`-a_i`, the direction softmax attention moves along. z: (..., d), anchors: (..., N, d)
-    -> (..., N). See chapter *Softmax attention*.
+    -> (..., N). See chapter :doc:`Softmax attention </book/softmax>`.
     """
     r2 = z.detach().pow(2).sum(-1, keepdim=True)
     return r2 + bilinear(z, anchors)
@@ -68,7 +69,7 @@ def helmholtz(E: Tensor, beta: float) -> Tensor:
 
     Computed with log-sum-exp, so it stays finite for large ``beta`` (1e4 and beyond).
     Entries ``E_i = +inf`` are states that do not exist (e.g. future tokens under a causal mask).
-    E: (..., N) -> (...). See chapter *Energies*.
+    E: (..., N) -> (...). See chapter :doc:`Energies </book/energies>`.
     """
     if not isinstance(E, Tensor):
         raise TypeError(f"E must be a torch.Tensor, got {type(E).__name__}")
@@ -86,7 +87,7 @@ def boltzmann(E: Tensor, beta: float) -> Tensor:
     r"""Boltzmann (Gibbs) weights :math:`p^*_i = e^{-\beta E_i} / \sum_j e^{-\beta E_j}`.
 
     The minimiser of :func:`free_energy` over the simplex. E: (..., N) -> (..., N).
-    See chapter *Energies*.
+    See chapter :doc:`Energies </book/energies>`.
     """
     helmholtz(E, beta)  # same checks
     return torch.softmax(-float(beta) * E, dim=-1)
@@ -95,7 +96,7 @@ def boltzmann(E: Tensor, beta: float) -> Tensor:
 def entropy(p: Tensor) -> Tensor:
     r"""Shannon entropy :math:`S(p) = -\sum_i p_i \log p_i` with :math:`0 \log 0 = 0`.
 
-    p: (..., N) -> (...). See chapter *Energies*.
+    p: (..., N) -> (...). See chapter :doc:`Energies </book/energies>`.
     """
     _simplex("p", p)
     return -torch.special.xlogy(p, p).sum(-1)
@@ -115,7 +116,7 @@ def free_energy(p: Tensor, E: Tensor, beta: float) -> Tensor:
     r"""Free energy of a distribution :math:`F(p) = \sum_i p_i E_i - T S(p)`, :math:`T = 1/\beta`.
 
     :math:`= \sum_i p_i E_i + \tfrac1\beta \sum_i p_i \log p_i` with :math:`0 \log 0 = 0`.
-    p, E: (..., N) -> (...). See chapter *Energies* (the free-energy lemma).
+    p, E: (..., N) -> (...). See chapter :doc:`Energies </book/energies>` (the free-energy lemma).
     """
     b = _beta(beta)
     _simplex("p", p)
@@ -128,7 +129,7 @@ def free_energy(p: Tensor, E: Tensor, beta: float) -> Tensor:
 def kl_divergence(p: Tensor, q: Tensor) -> Tensor:
     r""":math:`\mathrm{KL}(p \Vert q) = \sum_i p_i \log (p_i / q_i)`, with :math:`0 \log 0 = 0`.
 
-    p, q: (..., N) -> (...). See chapter *Energies*.
+    p, q: (..., N) -> (...). See chapter :doc:`Energies </book/energies>`.
     """
     _simplex("p", p)
     _simplex("q", q)
@@ -140,7 +141,8 @@ def kl_divergence(p: Tensor, q: Tensor) -> Tensor:
 def total(E: Tensor, gates: Tensor | None = None) -> Tensor:
     r"""Sum of local energies :math:`F = \sum_i \gamma_i E_i` (:math:`\gamma_i = 1` without gates).
 
-    gates: (..., N) in (0, 1]. E: (..., N) -> (...). See chapters *Unnormalized linear attention*
+    gates: (..., N) in (0, 1]. E: (..., N) -> (...).
+    See chapters :doc:`Unnormalized linear attention </book/linear>`
     and *Gated linear attention*.
     """
     _checks.tensor("E", E, 1)
@@ -157,7 +159,7 @@ def gate_matrix(alpha: Tensor) -> Tensor:
 
     Computed from cumulative log-gates, so long sequences do not underflow to NaN.
     alpha: (..., N) in (0, 1] -> (..., N, N), lower triangular with unit diagonal.
-    See chapter *Gated linear attention*.
+    See chapter :doc:`Gated linear attention </book/gated>`.
     """
     _checks.gates("alpha", alpha)
     if alpha.dim() < 1:
@@ -177,7 +179,7 @@ def weighted_mean(p: Tensor, x: Tensor) -> Tensor:
 def weighted_covariance(p: Tensor, x: Tensor) -> Tensor:
     r"""Attention-weighted covariance :math:`\Sigma_p = \sum_i p_i (x_i - m)(x_i - m)^\top`.
 
-    p: (..., N), x: (..., N, d) -> (..., d, d). See chapter *Newton attention*.
+    p: (..., N), x: (..., N, d) -> (..., d, d). See chapter :doc:`Newton attention </book/newton>`.
     """
     _simplex("p", p)
     _checks.tensor("x", x, 2)
@@ -188,7 +190,7 @@ def weighted_covariance(p: Tensor, x: Tensor) -> Tensor:
 def helmholtz_elastic(z: Tensor, anchors: Tensor, beta: float) -> Tensor:
     r""":math:`F^*(z) = -\tfrac1\beta \log \sum_i e^{-\beta \frac12 \lVert z - a_i\rVert^2}`.
 
-    z: (..., d), anchors: (..., N, d) -> (...). See chapter *Softmax attention*.
+    z: (..., d), anchors: (..., N, d) -> (...). See chapter :doc:`Softmax attention </book/softmax>`.
     """
     return helmholtz(elastic(z, anchors), beta)
 
@@ -196,7 +198,7 @@ def helmholtz_elastic(z: Tensor, anchors: Tensor, beta: float) -> Tensor:
 def helmholtz_elastic_grad(z: Tensor, anchors: Tensor, beta: float) -> Tensor:
     r"""Closed-form gradient :math:`\nabla F^*(z) = z - \sum_i p^*_i a_i` (envelope theorem).
 
-    z: (..., d), anchors: (..., N, d) -> (..., d). See chapter *Softmax attention*.
+    z: (..., d), anchors: (..., N, d) -> (..., d). See chapter :doc:`Softmax attention </book/softmax>`.
     """
     p = boltzmann(elastic(z, anchors), beta)
     return z - weighted_mean(p, anchors)
@@ -206,7 +208,7 @@ def helmholtz_elastic_hessian(z: Tensor, anchors: Tensor, beta: float) -> Tensor
     r"""Closed-form Hessian :math:`\nabla^2 F^*(z) = I - \beta \Sigma_p`.
 
     :math:`\Sigma_p` is the Boltzmann-weighted covariance of the anchors (:func:`weighted_covariance`).
-    z: (..., d), anchors: (..., N, d) -> (..., d, d). See chapter *Newton attention*.
+    z: (..., d), anchors: (..., N, d) -> (..., d, d). See chapter :doc:`Newton attention </book/newton>`.
     """
     p = boltzmann(elastic(z, anchors), beta)
     eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
@@ -217,7 +219,7 @@ def project_to_sphere(u: Tensor, radius: float) -> Tensor:
     r"""Radial projection :math:`N_r(u) = r\, u / \lVert u \rVert` onto the sphere of radius ``r``.
 
     What a LayerNorm without its affine part does to a centred token (``r = sqrt(d)``).
-    u: (..., d) -> (..., d). See chapter *Softmax attention*.
+    u: (..., d) -> (..., d). See chapter :doc:`Softmax attention </book/softmax>`.
     """
     _checks.tensor("u", u, 1)
     r = _checks.positive("radius", radius)

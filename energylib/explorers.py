@@ -12,7 +12,7 @@ sliders with a kernel; ``explorer.data(**values)`` returns the computed quantiti
 - :func:`layers_explorer`: :func:`layers_data` (:class:`LayersData`); sliders layers, μ
 - :func:`validity_explorer`: :func:`validity_data` (:class:`ValidityData`); slider β
 
-See the page *How to use the explorers* and the chapters each explorer belongs to.
+See the page :doc:`How to use the explorers </book/explorers>` and the chapters each explorer belongs to.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class LandscapeData(NamedTuple):
 def global_energy(name: str, beta: float, gates: Tensor | None = None):
     r"""The global energy ``G: E (..., N) -> (...)`` called ``name``:
     ``"Helmholtz"`` :math:`-\tfrac1\beta\log\sum_i e^{-\beta E_i}`, ``"sum"`` :math:`\sum_i E_i`,
-    ``"gated sum"`` :math:`\sum_i \gamma_i E_i` (``gates`` γ: (N,)). See chapter *Energies*."""
+    ``"gated sum"`` :math:`\sum_i \gamma_i E_i` (``gates`` γ: (N,)).
+    See chapter :doc:`Energies </book/energies>`."""
     if name == "Helmholtz":
         return partial(energies.helmholtz, beta=beta)
     if name == "sum":
@@ -114,7 +115,7 @@ def landscape_data(
     query (Boltzmann weights for Helmholtz, 1 for the sum, γ for the gated sum) and one GD step.
 
     The gated sum treats the anchors as a sequence and the query as its last token (constant
-    gate α). anchors: (N, 2), query: (2,). See chapter *Energies*.
+    gate α). anchors: (N, 2), query: (2,). See chapter :doc:`Energies </book/energies>`.
     """
     a, z = _anchors2d(anchors), _point("query", query)
     beta = _checks.positive("beta", beta)
@@ -194,7 +195,7 @@ def landscape_explorer(
     """Explorer 1, the energy landscape: sliders β (17 values, log scale) and the global energy.
 
     The sum and the gated sum do not depend on β: their frames are rendered once and shared.
-    See chapter *Energies*.
+    See chapter :doc:`Energies </book/energies>`.
     """
     betas = betas or Param.log("beta", 0.1, 20.0, 17, "β", default=7)
     glob = Param.choice("global_name", GLOBAL_ENERGIES, "global")
@@ -231,7 +232,7 @@ def race_data(
     :func:`energylib.optimizers.descend` (``on_divergence="stop"``).
 
     A Newton step whose damped Hessian is singular ends that trajectory (marked diverged).
-    See chapter *Inference as optimization*.
+    See chapter :doc:`Inference as optimization </book/inference>`.
     """
     a, z0 = _anchors2d(anchors), _point("start", start)
     beta = _checks.positive("beta", beta)
@@ -291,7 +292,8 @@ def race_explorer(
 ) -> Explorer:
     """Explorer 2, the optimizer race: sliders η (4), μ (3), β (2) = 24 frames.
 
-    See chapters *Inference as optimization* and *Newton attention*.
+    See chapters :doc:`Inference as optimization </book/inference>` and
+    :doc:`Newton attention </book/newton>`.
     """
     etas = etas or Param.grid("eta", [0.2, 0.5, 1.0, 1.6], "η", default=0)
     mus = mus or Param.grid("mu", [0.0, 0.5, 0.85], "μ", default=2)
@@ -331,7 +333,7 @@ def temperature_data(beta: float, tokens: Tensor | None = None, query: int = 2,
     (:func:`energylib.attention.softmax_attention_weights` with scale β), the elastic energies of
     the query row (its Boltzmann weights are row ``query`` of P) and the entropy of that row
     over a range of β: log N when hot (uniform, the linear limit), 0 when cold (arg-min).
-    See chapter *Softmax attention*.
+    See chapter :doc:`Softmax attention </book/softmax>`.
     """
     x = sequence_tokens() if tokens is None else tokens
     _checks.tensor("tokens", x, 2)
@@ -388,7 +390,7 @@ def temperature_explorer(betas: Param | None = None, tokens: Tensor | None = Non
                          query: int = 2, causal: bool = False) -> Explorer:
     """Explorer 3, attention weights against the temperature: slider β (19 values, log), Play.
 
-    See chapter *Softmax attention*.
+    See chapter :doc:`Softmax attention </book/softmax>`.
     """
     betas = betas or Param.log("beta", 0.05, 30.0, 19, "β", default=6)
     return Explorer(
@@ -430,7 +432,7 @@ def gate_data(
     constant gate α) and the gated energy of the last token
     :math:`F_N(z) = \sum_i \gamma_{N,i} E_i(z)` on the plane (``local``: ``"squared bilinear"``,
     the gated linear recipe, or ``"elastic"``), with one GD step from the query.
-    See chapter *Gated linear attention*.
+    See chapter :doc:`Gated linear attention </book/gated>`.
     """
     a, z = _anchors2d(anchors), _point("query", query)
     if local not in LOCAL_ENERGIES:
@@ -471,7 +473,7 @@ def gate_explorer(alphas: Param | None = None, anchors: Tensor = GATE_ANCHORS,
                   local: str = "squared bilinear") -> Explorer:
     """Explorer 4, gate decay: slider α (15 values in [0.3, 1]), Play.
 
-    See chapter *Gated linear attention*.
+    See chapter :doc:`Gated linear attention </book/gated>`.
     """
     alphas = alphas or Param.linear("alpha", 0.3, 1.0, 15, "α", default=7)
     return Explorer(compute=partial(gate_data, anchors=anchors, local=local), draw=draw_gate,
@@ -534,7 +536,7 @@ def layers_data(
     - Nesterov: as momentum with :math:`g` at the look-ahead :math:`z^{(\ell)} + \mu m^{(\ell-1)}`,
 
     with :math:`g` = :func:`tied_attention_update`, and :math:`F^*` per layer (mean over tokens).
-    See chapter *Momentum and Nesterov attention*.
+    See chapters :doc:`Momentum attention </book/momentum>` and :doc:`Nesterov attention </book/nesterov>`.
     """
     if h is None or W is None:
         h, W = stack_context()
@@ -601,7 +603,7 @@ def layers_explorer(layers: Param | None = None, mus: Param | None = None, beta:
                     eta: float = 0.3) -> Explorer:
     """Explorer 5, layers as iterations: sliders layers (0..10), μ (2 values), Play on layers.
 
-    See chapter *Momentum and Nesterov attention*.
+    See chapters :doc:`Momentum attention </book/momentum>` and :doc:`Nesterov attention </book/nesterov>`.
     """
     layers = layers or Param.integers("layers", 0, 10, "layers", default=0)
     mus = mus or Param.grid("mu", [0.3, 0.7], "μ", default=1)
@@ -638,7 +640,7 @@ def validity_data(beta: float, anchors: Tensor = ANCHORS, n: int = 81,
     (:func:`energylib.energies.helmholtz_elastic_hessian`) over the query plane. Since
     :math:`\Sigma_p \succeq 0`, :math:`\rho(\beta\Sigma_p) = 1 - \lambda_{\min}`: the one-term
     Neumann series holds (:math:`\rho < 1`) exactly where :math:`F^*` is locally convex.
-    See chapter *Newton attention*.
+    See chapter :doc:`Newton attention </book/newton>`.
     """
     a = _anchors2d(anchors)
     beta = _checks.positive("beta", beta)
@@ -684,7 +686,7 @@ def draw_validity(d: ValidityData) -> Figure:
 def validity_explorer(betas: Param | None = None, anchors: Tensor = ANCHORS) -> Explorer:
     """Explorer 6, Newton's validity: slider β (15 values, log scale), Play.
 
-    See chapter *Newton attention*.
+    See chapter :doc:`Newton attention </book/newton>`.
     """
     betas = betas or Param.log("beta", 0.1, 5.0, 15, "β", default=5)
     return Explorer(compute=partial(validity_data, anchors=anchors), draw=draw_validity,

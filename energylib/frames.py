@@ -14,7 +14,7 @@ cell is interactive
 A link cannot compute ``i * n2 + j``, so a 2-parameter grid is an outer ``Stack`` (linked to
 slider 1) of inner ``Stack`` s (each linked to slider 2), and so on for more parameters.
 With a kernel, :meth:`Explorer.live` gives continuous sliders that re-render through a Python
-callback instead. See the page *How to use the explorers*.
+callback instead. See the page :doc:`How to use the explorers </book/explorers>`.
 """
 
 from __future__ import annotations
@@ -293,7 +293,11 @@ def stack_widget(frames: Frames, *, play: bool = False, interval_ms: int = 600,
         return stack
 
     view = build(0, ())
-    controls: list[Any] = list(sliders)
+    # a parameter held at one value is stated, not offered as a slider that cannot move
+    controls: list[Any] = [
+        s if len(p) > 1 else widgets.HTML(f"{p.label} = {p.labels[0]} (fixed)")
+        for s, p in zip(sliders, params, strict=True)
+    ]
     if play:
         first = params[0]
         player = widgets.Play(value=first.default, min=0, max=len(first) - 1, step=1,

@@ -107,7 +107,7 @@ def neumann_step(energy: Energy, z: Tensor, eta: float) -> Tensor:
 
     For the Helmholtz energy :math:`H = I - \beta\Sigma_p` this is :math:`(I + \beta\Sigma_p)`,
     valid while :math:`\rho(\beta \Sigma_p) < 1`. Uses a Hessian-vector product, never a d x d
-    matrix. See chapter *Newton attention*.
+    matrix. See chapter :doc:`Newton attention </book/newton>`.
     """
     g = gradient(energy, z)
     return z - eta * (2 * g - hessian_vector(energy, z, g))
@@ -148,7 +148,7 @@ def descend(
     mu: a constant in [0, 1) or a schedule ``k -> mu_k`` (e.g. :func:`nesterov_schedule`).
     on_divergence: ``"raise"`` a ValueError at the first non-finite iterate, or ``"stop"`` and
     return the finite prefix with ``diverged=True`` (the explorers draw that).
-    z0: (..., d). See chapter *Inference as optimization*.
+    z0: (..., d). See chapter :doc:`Inference as optimization </book/inference>`.
     """
     _checks.tensor("z0", z0, 1)
     eta = _checks.positive("eta", eta)

@@ -96,7 +96,7 @@ def tie_softmax(W: Tensor, beta: float, eta: float, W_Q: Tensor | None = None) -
     r"""Tying map of softmax attention: :math:`W_Q^\top W_K = \beta W`, :math:`W_V = \eta W`.
 
     Any invertible ``W_Q`` works (:math:`W_K = \beta W_Q^{-\top} W`): only the product is fixed.
-    See chapter *Softmax attention*.
+    See chapter :doc:`Softmax attention </book/softmax>`.
     """
     beta = _checks.positive("beta", beta)
     eta = _checks.positive("eta", eta)
@@ -107,7 +107,7 @@ def tie_softmax(W: Tensor, beta: float, eta: float, W_Q: Tensor | None = None) -
 def tie_linear(W: Tensor, eta: float, W_Q: Tensor | None = None) -> TiedWeights:
     r"""Tying map of (gated) linear attention: :math:`W_Q^\top W_K = W`, :math:`W_V = \eta W`.
 
-    See chapter *Unnormalized linear attention*.
+    See chapter :doc:`Unnormalized linear attention </book/linear>`.
     """
     eta = _checks.positive("eta", eta)
     W_Q, W_K = _tie_product(W, W_Q)
@@ -147,7 +147,7 @@ def softmax_recipe(
     exactly. Without it (full elastic energy) the GD step is
     :math:`(1-\eta) z + \eta \sum_i p^*_i a_i`, where the Boltzmann weights carry the extra key bias
     :math:`-\tfrac\beta2 \lVert a_i\rVert^2`; when all :math:`\lVert a_i\rVert` are equal the
-    ``gap`` is exactly :math:`-\eta z`. See chapter *Softmax attention*.
+    ``gap`` is exactly :math:`-\eta z`. See chapter :doc:`Softmax attention </book/softmax>`.
     """
     _setup(z, h, W)
     tied = tie_softmax(W, beta, eta)
@@ -173,7 +173,7 @@ def linear_recipe(z: Tensor, h: Tensor, W: Tensor, eta: float, causal: bool = Fa
     r"""Unnormalized linear attention = one GD step on :math:`\sum_i -\tfrac12 (z^\top W h_i)^2`
     (our reconstruction): :math:`z - \eta\nabla F = z + \sum_i (q^\top k_i) v_i`.
 
-    See chapter *Unnormalized linear attention*.
+    See chapter :doc:`Unnormalized linear attention </book/linear>`.
     """
     _setup(z, h, W)
     tied = tie_linear(W, eta)
@@ -200,7 +200,7 @@ def gated_linear_recipe(z: Tensor, h: Tensor, W: Tensor, eta: float, alpha: Tens
     r"""Gated linear attention = one GD step on the gated sum (our reconstruction):
     :math:`z_t - \eta\nabla F_t = z_t + S_t q_t`, :math:`S_t = \alpha_t S_{t-1} + v_t k_t^\top`.
 
-    alpha: (..., N) in (0, 1]. See chapter *Gated linear attention*.
+    alpha: (..., N) in (0, 1]. See chapter :doc:`Gated linear attention </book/gated>`.
     """
     _setup(z, h, W)
     tied = tie_linear(W, eta)
@@ -222,7 +222,8 @@ def tie_multi_head(P: Tensor, Wh: Tensor, beta: float | Sequence[float], eta: fl
     :math:`W_O^h W_V^h = \eta P_h^\top W_h`; here :math:`W_Q^h = \sqrt{\beta_h} P_h`,
     :math:`W_K^h = \sqrt{\beta_h} W_h`, :math:`W_V^h = \eta W_h`, :math:`W_O^h = P_h^\top`.
 
-    P: (H, d_h, d) projections of z, Wh: (H, d_h, d_in) anchor maps. See chapter *Multi-head attention*.
+    P: (H, d_h, d) projections of z, Wh: (H, d_h, d_in) anchor maps.
+    See chapter :doc:`Multi-head attention </book/multihead>`.
     """
     _checks.tensor("P", P, 3)
     _checks.tensor("Wh", Wh, 3)
@@ -241,7 +242,7 @@ def multi_head_energy(
     r""":math:`F^*_{MH}(z) = \sum_h -\tfrac1{\beta_h} \log \sum_i e^{-\beta_h E^{(h)}_i(z)}`,
     :math:`E^{(h)}_i = \tfrac12 \lVert P_h z - W_h h_i \rVert^2` (or its norm-conditioned form).
 
-    Returns ``z (..., N, d) -> (..., N)``. See chapter *Multi-head attention*.
+    Returns ``z (..., N, d) -> (..., N)``. See chapter :doc:`Multi-head attention </book/multihead>`.
     """
     betas = _betas(beta, P.shape[0])
     local = norm_conditioned_elastic if norm_condition else elastic
@@ -267,7 +268,7 @@ def multi_head_recipe(
 
     With the per-head norm condition, :math:`z - \eta\nabla F^*_{MH} = z + \mathrm{MHA}(z)`; without
     it the gap is :math:`-\eta \sum_h P_h^\top P_h z` when each head's anchors have equal norms.
-    See chapter *Multi-head attention*.
+    See chapter :doc:`Multi-head attention </book/multihead>`.
     """
     _checks.tensor("z", z, 2)
     _checks.tensor("h", h, 2)

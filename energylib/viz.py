@@ -1,7 +1,8 @@
 """Drawing helpers for the book's figures: energies on a 2-D grid, contour landscapes, weight bars.
 
 Pure drawing with matplotlib's object API: every function draws on an ``Axes`` it is given and
-returns the artist it made; the maths lives in :mod:`energylib.energies`. See chapter *Energies*.
+returns the artist it made; the maths lives in :mod:`energylib.energies`.
+See chapter :doc:`Energies </book/energies>`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def energy_on_grid(
 ) -> Grid:
     """Evaluate ``energy`` (z: (..., 2) -> (...)) on an n x n grid in one batched call.
 
-    E.g. ``energy_on_grid(lambda z: helmholtz_elastic(z, anchors, beta))``. See chapter *Energies*.
+    E.g. ``energy_on_grid(lambda z: helmholtz_elastic(z, anchors, beta))``.
+    See chapter :doc:`Energies </book/energies>`.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2, got {n!r}")
@@ -62,7 +64,7 @@ def _np(x: Tensor) -> np.ndarray:
 def draw_anchors(ax: Axes, anchors: Tensor, labels: Sequence[str] | None = None) -> None:
     """Mark the anchors ``a_i`` (anchors: (N, 2)) with white dots and labels ``a_1 .. a_N``.
 
-    See chapter *Energies*.
+    See chapter :doc:`Energies </book/energies>`.
     """
     if anchors.dim() != 2 or anchors.shape[-1] != 2:
         raise ValueError(f"anchors must have shape (N, 2), got {tuple(anchors.shape)}")
@@ -86,7 +88,7 @@ def draw_landscape(
     """Filled contours of ``grid.values`` (n, n), thin contour lines, the anchors (N, 2) on top.
 
     ``colorbar``: its label, or None for no colorbar. Returns the filled contour set.
-    See chapter *Energies*.
+    See chapter :doc:`Energies </book/energies>`.
     """
     x, y, v = _np(grid.x), _np(grid.y), _np(grid.values)
     filled = ax.contourf(x, y, v, levels=levels, cmap=cmap)
@@ -110,7 +112,7 @@ def draw_weights(
     """Grouped bars of weights (K, N) -- K series (e.g. temperatures) over N states -- or (N,).
 
     ``series``: one legend entry per row; ``labels``: one tick per state (default ``a_1 .. a_N``).
-    See chapter *Energies* (the Boltzmann weights).
+    See chapter :doc:`Energies </book/energies>` (the Boltzmann weights).
     """
     if weights.dim() not in (1, 2):
         raise ValueError(f"weights must have shape (N,) or (K, N), got {tuple(weights.shape)}")
