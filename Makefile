@@ -18,7 +18,7 @@ ASSETS_STAMP := _offline/.installed
 MATHJAX_DIR  := node_modules/mathjax/es5
 WIDGETS_DIR  := node_modules/@jupyter-widgets/html-manager/dist
 
-.PHONY: help venv assets book serve lab lint test browser-test bench clean distclean
+.PHONY: help venv assets book serve lab lint test browser-test bench experiments experiments-smoke clean distclean
 
 help:
 	@echo "make book       build the book (_build/html/index.html)"
@@ -27,6 +27,7 @@ help:
 	@echo "make lab        JupyterLab on the book's notebooks"
 	@echo "make browser-test  headless-Chromium checks of the built site (_build/html)"
 	@echo "make bench      benchmarks: ratios against reference implementations"
+	@echo "make experiments  re-run the default experiment suite into results/ (about 15-30 min)"
 	@echo "make lint       ruff on energylib, tests, benchmarks and the notebooks"
 	@echo "make clean      remove _build, _offline, node_modules (keeps .venv); distclean also .venv"
 
@@ -86,7 +87,16 @@ browser-test: $(VENV_STAMP)
 
 bench: $(VENV_STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/modules.py
 	$(BIN)/python benchmarks/explorers.py
+
+# The committed results/ come from this command (seeds 0, 1, 2; the book's Experiments part
+# reads them). experiments-smoke is the same pipeline on tiny settings, written to a temp folder.
+experiments: $(VENV_STAMP)
+	$(BIN)/python -m energylib.experiments suite --out results --threads 1
+
+experiments-smoke: $(VENV_STAMP)
+	$(BIN)/python -m energylib.experiments suite --smoke --seeds 0
 
 clean:
 	rm -rf _build _offline node_modules
