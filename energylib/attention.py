@@ -32,8 +32,12 @@ def _qkv(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> None:
 
 
 def _finite_output(out: Tensor, **inputs: Tensor) -> Tensor:
-    """Check the output once; only on failure look for the input to blame (cheap fast path)."""
-    if bool(torch.isfinite(out).all()):
+    """Check the output; only on failure look for the input to blame.
+
+    A NaN or inf anywhere makes the sum non-finite, so one reduction decides the common case; a
+    sum that merely overflows falls through to the element-wise check.
+    """
+    if bool(torch.isfinite(out.sum())) or bool(torch.isfinite(out).all()):
         return out
     for name, x in inputs.items():
         _checks.finite(name, x)
@@ -148,7 +152,7 @@ def gated_linear_attention(
 def _chunked_linear(
     q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor | None, chunk_size: int | None
 ) -> tuple[Tensor, Tensor]:
-    """Causal (gated) linear attention, all chunks at once; only the d_v x d states are scanned.
+    """Causal (gated) linear attention, all chunks at once, with no loop over tokens or chunks.
 
     q, k: (..., N, d), v: (..., N, d_v), log_alpha: (..., N) or None (no gates).
     """
@@ -158,30 +162,36 @@ def _chunked_linear(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     pad = (-n) % c                                   # padded tokens: k = v = 0, alpha = 1
     lead = q.shape[:-2]
-    q, k, v = (F.pad(x, (0, 0, 0, pad)).reshape(*lead, -1, c, x.shape[-1]) for x in (q, k, v))
-    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    q, k, v = (x.reshape(*lead, -1, c, x.shape[-1]) for x in (q, k, v))
     scores = q @ k.transpose(-1, -2)                 # (..., n_chunks, c, c)
     if log_alpha is None:
-        intra = scores.masked_fill(~causal, 0.0) @ v
-        to_end = None
+        intra = scores.tril_() @ v
+        U = v.transpose(-1, -2) @ k                  # (..., n_chunks, d_v, d): a chunk's own state
+        total = U.cumsum(dim=-3)                     # state after each chunk
+        before = total - U                           # state each chunk starts from
+        S = total[..., -1, :, :]
+        inter = q @ before.transpose(-1, -2)
     else:
-        B = torch.cumsum(F.pad(log_alpha, (0, pad)).reshape(*lead, -1, c), dim=-1)  # B_t in chunk
-        decay = torch.exp((B.unsqueeze(-1) - B.unsqueeze(-2)).masked_fill(~causal, -torch.inf))
-        intra = (scores * decay) @ v
-        to_end = torch.exp(B[..., -1:] - B)          # decay from token i to the chunk's end
-        from_start = torch.exp(B)                    # decay from the chunk's start to token t
-    kv = k if to_end is None else k * to_end.unsqueeze(-1)
-    U = v.transpose(-1, -2) @ kv                     # (..., n_chunks, d_v, d): a chunk's own state
-    S = q.new_zeros(*lead, dv, d)
-    before = []
-    for j in range(U.shape[-3]):                     # the scan over chunks: d_v x d work only
-        before.append(S)
-        carry = 1.0 if log_alpha is None else torch.exp(B[..., j, -1, None, None])
-        S = carry * S + U[..., j, :, :]
-    inter = q @ torch.stack(before, dim=-3).transpose(-1, -2)
-    if to_end is not None:
-        inter = from_start.unsqueeze(-1) * inter
-    out = (intra + inter).reshape(*lead, -1, dv)[..., :n, :]
+        la = F.pad(log_alpha, (0, pad)) if pad else log_alpha
+        B = torch.cumsum(la.reshape(*lead, -1, c), dim=-1)      # B_t, log-decay since chunk start
+        # gamma_ti = exp(B_t - B_i) for i <= t; above the diagonal the exponent is >= 0 and is
+        # zeroed by tril_ (an inf there is replaced, never multiplied)
+        intra = (scores * torch.exp(B.unsqueeze(-1) - B.unsqueeze(-2)).tril_()) @ v
+        end = B[..., -1:]                                        # log-decay of the whole chunk
+        U = v.transpose(-1, -2) @ (k * torch.exp(end - B).unsqueeze(-1))
+        # across chunks the same structure again: S_before[c] = sum_{j<c} exp(E_{c-1} - E_j) U_j
+        E = torch.cumsum(end.squeeze(-1), dim=-1)                # (..., n_chunks)
+        diff = (E - end.squeeze(-1)).unsqueeze(-1) - E.unsqueeze(-2)  # E_{c-1} - E_j
+        G = torch.exp(diff.tril(-1)).tril_(-1)                   # strictly lower: j < c
+        flat = U.flatten(-2)                                     # (..., n_chunks, d_v * d)
+        before = (G @ flat).unflatten(-1, (dv, d))
+        S = (torch.exp(E[..., -1:] - E).unsqueeze(-2) @ flat).squeeze(-2).unflatten(-1, (dv, d))
+        inter = torch.exp(B).unsqueeze(-1) * (q @ before.transpose(-1, -2))
+    out = (intra + inter).reshape(*lead, -1, dv)
+    if pad:
+        out = out[..., :n, :]
     return out, S
 
 
