@@ -176,15 +176,15 @@ def _chunked_linear(
     else:
         la = F.pad(log_alpha, (0, pad)) if pad else log_alpha
         B = torch.cumsum(la.reshape(*lead, -1, c), dim=-1)      # B_t, log-decay since chunk start
-        # gamma_ti = exp(B_t - B_i) for i <= t; above the diagonal the exponent is >= 0 and is
-        # zeroed by tril_ (an inf there is replaced, never multiplied)
-        intra = (scores * torch.exp(B.unsqueeze(-1) - B.unsqueeze(-2)).tril_()) @ v
+        # gamma_ti = exp(B_t - B_i) <= 1 for i <= t; above the diagonal the exponent is >= 0, so it
+        # is clamped to 0 before exp (no inf, whose gradient would be NaN) and then zeroed
+        intra = (scores * torch.exp((B.unsqueeze(-1) - B.unsqueeze(-2)).clamp(max=0)).tril()) @ v
         end = B[..., -1:]                                        # log-decay of the whole chunk
         U = v.transpose(-1, -2) @ (k * torch.exp(end - B).unsqueeze(-1))
         # across chunks the same structure again: S_before[c] = sum_{j<c} exp(E_{c-1} - E_j) U_j
         E = torch.cumsum(end.squeeze(-1), dim=-1)                # (..., n_chunks)
         diff = (E - end.squeeze(-1)).unsqueeze(-1) - E.unsqueeze(-2)  # E_{c-1} - E_j
-        G = torch.exp(diff.tril(-1)).tril_(-1)                   # strictly lower: j < c
+        G = torch.exp(diff.tril(-1)).tril(-1)                    # strictly lower: j < c
         flat = U.flatten(-2)                                     # (..., n_chunks, d_v * d)
         before = (G @ flat).unflatten(-1, (dv, d))
         S = (torch.exp(E[..., -1:] - E).unsqueeze(-2) @ flat).squeeze(-2).unflatten(-1, (dv, d))

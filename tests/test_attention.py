@@ -81,6 +81,25 @@ def test_gated_chunked_equals_recurrent(seed, batch, n, d, dv, chunk):
     torch.testing.assert_close(at.gated_linear_attention(q, k, v, alpha), ref, **TOL)
 
 
+@given(seeds, st.integers(1, 40), dims, st.integers(1, 45), st.booleans())
+def test_chunked_forms_have_the_recurrent_gradients(seed, n, d, chunk, gated):
+    """Training backpropagates through the chunked form: its gradients must be the recurrence's."""
+    q, k, v = (randn(seed + j, 2, n, d).requires_grad_() for j in range(3))
+    alpha = rand(seed + 3, 2, n, low=0.02).requires_grad_(gated)
+    w = randn(seed + 4, 2, n, d)
+    if gated:
+        outs = (at.gated_linear_attention(q, k, v, alpha, chunk_size=chunk),
+                at.gated_linear_attention_recurrent(q, k, v, alpha))
+        inputs = (q, k, v, alpha)
+    else:
+        outs = (at.linear_attention(q, k, v, causal=True), at.linear_attention_recurrent(q, k, v))
+        inputs = (q, k, v)
+    grads = [torch.autograd.grad((o * w).sum(), inputs) for o in outs]
+    for g_chunked, g_loop in zip(*grads, strict=True):
+        assert torch.isfinite(g_chunked).all()
+        torch.testing.assert_close(g_chunked, g_loop, **TOL)
+
+
 @given(seeds, st.integers(1, 8), dims)
 def test_gated_recurrence_is_the_decayed_sum(seed, n, d):
     """o_t = sum_{i<=t} prod_{j=i+1..t} alpha_j (q_t.k_i) v_i."""
