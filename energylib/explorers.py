@@ -520,8 +520,7 @@ def tied_attention_update(z: Tensor, h: Tensor, tied: recipes.TiedWeights, eta: 
     :math:`-\eta z` is the norm-condition gap of the full elastic energy (chapter *Softmax
     attention*), exact when the anchors have equal norms. z: (..., N, d), h: (M, d_in).
     """
-    q, k, v = z @ tied.W_Q.T, h @ tied.W_K.T, h @ tied.W_V.T
-    return attention.softmax_attention(q, k, v, scale=1.0) - eta * z
+    return attention.softmax_attention(*tied.qkv(z, h), scale=1.0) - eta * z
 
 
 def layers_data(

@@ -43,6 +43,10 @@ class TiedWeights:
     W_V: Tensor
     W_O: Tensor | None = None
 
+    def qkv(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Single head: :math:`q = W_Q z`, :math:`k_i = W_K h_i`, :math:`v_i = W_V h_i` (rows)."""
+        return z @ self.W_Q.T, h @ self.W_K.T, h @ self.W_V.T
+
 
 @dataclass(frozen=True)
 class RecipeResult:
@@ -152,7 +156,7 @@ def softmax_recipe(
     _setup(z, h, W)
     tied = tie_softmax(W, beta, eta)
     energy = softmax_energy(h, W, beta, causal, norm_condition)
-    q, k, v = z @ tied.W_Q.T, h @ tied.W_K.T, h @ tied.W_V.T
+    q, k, v = tied.qkv(z, h)
     attn = softmax_attention(q, k, v, causal=causal, scale=1.0)
     return RecipeResult(gd_step(energy, z, eta), z + attn, energy(z).detach(), tied)
 
@@ -178,7 +182,7 @@ def linear_recipe(z: Tensor, h: Tensor, W: Tensor, eta: float, causal: bool = Fa
     _setup(z, h, W)
     tied = tie_linear(W, eta)
     energy = linear_energy(h, W, causal)
-    q, k, v = z @ tied.W_Q.T, h @ tied.W_K.T, h @ tied.W_V.T
+    q, k, v = tied.qkv(z, h)
     return RecipeResult(gd_step(energy, z, eta), z + linear_attention(q, k, v, causal=causal),
                         energy(z).detach(), tied)
 
@@ -205,7 +209,7 @@ def gated_linear_recipe(z: Tensor, h: Tensor, W: Tensor, eta: float, alpha: Tens
     _setup(z, h, W)
     tied = tie_linear(W, eta)
     energy = gated_linear_energy(h, W, alpha)
-    q, k, v = z @ tied.W_Q.T, h @ tied.W_K.T, h @ tied.W_V.T
+    q, k, v = tied.qkv(z, h)
     return RecipeResult(gd_step(energy, z, eta), z + gated_linear_attention(q, k, v, alpha),
                         energy(z).detach(), tied)
 

@@ -18,6 +18,8 @@ All of them are **our construction** (the paper's own measurements are not avail
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -31,56 +33,62 @@ def _cv(norms: Tensor) -> float:
     return (norms.std(-1) / norms.mean(-1).clamp_min(1e-12)).mean().item()
 
 
-def layer_diagnostics(gpt: GPT, idx: Tensor) -> list[dict[str, float]]:
-    """Questions (a) and (b), one dict per layer, averaged over the tokens of ``idx`` (B, N)."""
+@contextmanager
+def _traced(gpt: GPT, idx: Tensor) -> Iterator[list[tuple[Any, LayerTrace]]]:
+    """(block, its input trace) per layer of one forward pass over ``idx`` (B, N); the model stays
+    in eval mode inside the block and gets its mode back after."""
     was_training = gpt.training
     gpt.eval()
-    trace: list[LayerTrace] = []
-    with torch.no_grad():
-        gpt.features(idx, trace)
-    out = []
-    for block, tr in zip(gpt.decoder.blocks, trace, strict=True):
-        attn = block.attn
+    try:
+        trace: list[LayerTrace] = []
         with torch.no_grad():
-            a = attn(tr.x)                                      # the attention (gradient-step) output
-            f_before = attn.energy(tr.x, tr.x)
-            f_after = attn.energy(block.ln1(tr.z + tr.increment), tr.x)
-            k = attn.heads(tr.x)[1]                             # (B, H, N, d_h)
-        with torch.enable_grad():
-            z = tr.z.clone().requires_grad_(True)
-            F = attn.energy(attn.attention_input(z, tr.velocity, block.ln1), tr.x).sum()
-            (g,) = torch.autograd.grad(F, z)
-        cos = torch.nn.functional.cosine_similarity(a, -g, dim=-1)
-        out.append({
-            "energy_before": f_before.mean().item(),
-            "energy_after": f_after.mean().item(),
-            "energy_change": (f_after - f_before).mean().item(),
-            "frac_tokens_decreased": (f_after < f_before).double().mean().item(),
-            "cos_attention_vs_neg_grad": cos.mean().item(),
-            "key_norm_cv": _cv(k.norm(dim=-1)),
-            "input_norm_cv": _cv(tr.x.norm(dim=-1)),
-            "residual_to_update_ratio": (tr.z.norm(dim=-1) / a.norm(dim=-1).clamp_min(1e-12)).median().item(),
-        })
-    gpt.train(was_training)
-    return out
+            gpt.features(idx, trace)
+        yield list(zip(gpt.decoder.blocks, trace, strict=True))
+    finally:
+        gpt.train(was_training)
+
+
+def layer_diagnostics(gpt: GPT, idx: Tensor) -> list[dict[str, float]]:
+    """Questions (a) and (b), one dict per layer, averaged over the tokens of ``idx`` (B, N)."""
+    with _traced(gpt, idx) as layers:
+        return [_layer_row(block, tr) for block, tr in layers]
+
+
+def _layer_row(block: Any, tr: LayerTrace) -> dict[str, float]:
+    attn = block.attn
+    with torch.no_grad():
+        a = attn(tr.x)                                      # the attention (gradient-step) output
+        f_before = attn.energy(tr.x, tr.x)
+        f_after = attn.energy(block.ln1(tr.z + tr.increment), tr.x)
+        k = attn.heads(tr.x)[1]                             # (B, H, N, d_h)
+    with torch.enable_grad():
+        z = tr.z.clone().requires_grad_(True)
+        F = attn.energy(attn.attention_input(z, tr.velocity, block.ln1), tr.x).sum()
+        (g,) = torch.autograd.grad(F, z)
+    cos = torch.nn.functional.cosine_similarity(a, -g, dim=-1)
+    return {
+        "energy_before": f_before.mean().item(),
+        "energy_after": f_after.mean().item(),
+        "energy_change": (f_after - f_before).mean().item(),
+        "frac_tokens_decreased": (f_after < f_before).double().mean().item(),
+        "cos_attention_vs_neg_grad": cos.mean().item(),
+        "key_norm_cv": _cv(k.norm(dim=-1)),
+        "input_norm_cv": _cv(tr.x.norm(dim=-1)),
+        "residual_to_update_ratio": (tr.z.norm(dim=-1) / a.norm(dim=-1).clamp_min(1e-12)).median().item(),
+    }
 
 
 def newton_radius(gpt: GPT, idx: Tensor) -> dict[str, Any]:
     """Question (c): statistics of :math:`\\rho(\\gamma\\Sigma_p)` over tokens and heads, per layer."""
-    was_training = gpt.training
-    gpt.eval()
-    trace: list[LayerTrace] = []
-    with torch.no_grad():
-        gpt.features(idx, trace)
-    layers = []
-    for block, tr in zip(gpt.decoder.blocks, trace, strict=True):
-        if not isinstance(block.attn, NewtonMHA):
-            continue
-        rho = block.attn.neumann_radius(tr.x).flatten().double()
-        layers.append({
-            "gamma": block.attn.gamma.item(), "mean": rho.mean().item(), "median": rho.median().item(),
-            "p90": torch.quantile(rho, 0.9).item(), "max": rho.max().item(),
-            "frac_below_1": (rho < 1).double().mean().item(),
-        })
-    gpt.train(was_training)
-    return {"layers": layers}
+    rows = []
+    with _traced(gpt, idx) as layers:
+        for block, tr in layers:
+            if not isinstance(block.attn, NewtonMHA):
+                continue
+            rho = block.attn.neumann_radius(tr.x).flatten().double()
+            rows.append({
+                "gamma": block.attn.gamma.item(), "mean": rho.mean().item(), "median": rho.median().item(),
+                "p90": torch.quantile(rho, 0.9).item(), "max": rho.max().item(),
+                "frac_below_1": (rho < 1).double().mean().item(),
+            })
+    return {"layers": rows}
